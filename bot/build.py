@@ -233,12 +233,21 @@ class StoreBuilder:
         if done:
             log.info("resuming %s: %d of %d chunks already embedded", partial, len(done), len(chunks))
         started = time.perf_counter()
-        progress = _progress_bar(len(refs), sum(len(chunks[i]) for i in done), options.progress)
+        already = sum(len(chunks[i]) for i in done)
+        progress = _progress_bar(len(refs), already, options.progress)
+        counted = [already]
+
+        def advance(count: int) -> None:
+            progress.update(count)
+            counted[0] += count
+            if on_progress is not None:
+                on_progress(counted[0], len(refs))
+
         try:
             for number, chunk in enumerate(chunks):
                 if number in done:
                     continue
-                self._embed_chunk(source, chunk, partial / f"chunk-{number:05d}", progress, on_progress)
+                self._embed_chunk(source, chunk, partial / f"chunk-{number:05d}", advance)
         finally:
             progress.close()
         elapsed = time.perf_counter() - started
@@ -274,7 +283,7 @@ class StoreBuilder:
             state_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
         return state
 
-    def _embed_chunk(self, source, chunk: Sequence[RowRef], stem: Path, progress, on_progress) -> None:
+    def _embed_chunk(self, source, chunk: Sequence[RowRef], stem: Path, advance: Callable[[int], None]) -> None:
         from torch.utils.data import DataLoader
 
         spec = self.encoder.pixel_spec
@@ -296,9 +305,7 @@ class StoreBuilder:
             labels.extend(item.label for item in batch)
             thumbs.extend(item.thumbnail for item in batch)
             oks.extend(item.ok for item in batch)
-            progress.update(len(batch))
-            if on_progress is not None:
-                on_progress(progress.n, progress.total)
+            advance(len(batch))
         valid = np.asarray(oks, dtype=bool)
         failures = int((~valid).sum())
         matrix = np.concatenate(vectors)[valid]

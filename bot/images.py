@@ -80,7 +80,7 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     array = np.asarray(image, dtype=np.float64)
     low, high = float(array.min()), float(array.max())
     scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+    return Image.fromarray(scaled.astype(np.uint8))
 
 
 def thumbnail_jpeg(image: Image.Image, max_side: int = 512, quality: int = 85) -> bytes:

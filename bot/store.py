@@ -324,6 +324,7 @@ class StoreWriter:
     ) -> Path:
         """Write every file, then the manifest, then rename into place; returns the store path."""
         try:
+            _check_shapes(manifest.dim, image_vectors, caption_vectors, ids, labels, rows, captions)
             staging = self.staging
             np.save(staging / IMAGE_VECTORS, np.ascontiguousarray(image_vectors, dtype=np.float32))
             np.save(staging / CAPTION_VECTORS, np.ascontiguousarray(caption_vectors, dtype=np.float32))
@@ -360,6 +361,18 @@ class StoreWriter:
         _fsync_dir(self.target.parent)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
+
+
+def _check_shapes(dim, image_vectors, caption_vectors, ids, labels, rows, captions) -> None:
+    n = len(image_vectors)
+    if np.ndim(image_vectors) != 2 or np.shape(image_vectors)[1] != dim:
+        raise StoreError(f"image vectors have shape {np.shape(image_vectors)}, expected (n, {dim})")
+    if np.ndim(caption_vectors) != 2 or np.shape(caption_vectors)[1] != dim:
+        raise StoreError(f"caption vectors have shape {np.shape(caption_vectors)}, expected (n, {dim})")
+    if not len(ids) == len(labels) == len(rows) == n:
+        raise StoreError(f"{n} vectors but {len(ids)} ids, {len(labels)} labels and {len(rows)} rows")
+    if len(captions) != len(caption_vectors):
+        raise StoreError(f"{len(caption_vectors)} caption vectors but {len(captions)} captions")
 
 
 def _write_thumbnails(path: Path, thumbnails: Iterable[bytes]) -> np.ndarray:
