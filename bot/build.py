@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import BuildError
+from .errors import BuildError, EncoderError
 from .images import open_image, thumbnail_jpeg
 from .preprocess import PixelSpec, to_pixels
 from .prompts import imagenet_classnames, readable_label, templated
@@ -86,9 +86,13 @@ class RowRef:
 class SourceDataset:
     """A Hugging Face dataset (hub id or local image folder) opened for raw image bytes."""
 
-    def __init__(self, dataset: str, config: str | None, splits: Sequence[str] | None) -> None:
+    def __init__(
+        self, dataset: str, config: str | None, splits: Sequence[str] | None, *, progress: bool = True
+    ) -> None:
         import datasets
 
+        if not progress:
+            datasets.disable_progress_bars()
         self.name = dataset
         local = Path(dataset).expanduser()
         self.is_local = local.exists()
@@ -150,13 +154,14 @@ def _column_of(features, kind: str, required: bool = True) -> str | None:
 
 @dataclass
 class PreparedItem:
-    """A decoded picture ready to encode, with its thumbnail."""
+    """A picture ready to encode (CPU pixels, or JPEG bytes the GPU decodes itself), with its thumbnail."""
 
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     thumbnail: bytes
     label: int
     ok: bool = True
     error: str = ""
+    jpeg: bytes | None = None
 
 
 def prepare_item(data: bytes, label: int, spec: PixelSpec) -> PreparedItem:
@@ -167,6 +172,35 @@ def prepare_item(data: bytes, label: int, spec: PixelSpec) -> PreparedItem:
         return PreparedItem(np.zeros((3, spec.crop, spec.crop), np.float32), b"", label, ok=False, error=str(error))
     thumbnail = _reuse_jpeg(data, image) or thumbnail_jpeg(image, THUMBNAIL_MAX_SIDE)
     return PreparedItem(to_pixels(image, spec), thumbnail, label)
+
+
+def prepare_raw(data: bytes, label: int, spec: PixelSpec) -> PreparedItem:
+    """For GPU decoding: a JPEG that needs no CPU work passes through as bytes; anything else is prepared here.
+
+    Runs in worker processes. Only the header is read: the file is its own thumbnail, so nothing is decoded.
+    """
+    if _device_decodable(data, spec):
+        return PreparedItem(None, data, label, jpeg=data)
+    return prepare_item(data, label, spec)
+
+
+def _device_decodable(data: bytes, spec: PixelSpec) -> bool:
+    """An upright baseline RGB JPEG, small enough to be its own thumbnail and big enough for the crop."""
+    if data[:3] != b"\xff\xd8\xff":
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+            return (
+                header.format == "JPEG"
+                and header.mode == "RGB"
+                and not header.info.get("progressive") and not header.info.get("progression")
+                and header.getexif().get(0x0112, 1) == 1
+                and max(width, height) <= THUMBNAIL_MAX_SIDE
+                and min(width, height) >= spec.crop
+            )
+    except Exception:  # anything odd about the file goes the careful CPU way
+        return False
 
 
 def _reuse_jpeg(data: bytes, image: Image.Image) -> bytes | None:
@@ -182,15 +216,16 @@ def _reuse_jpeg(data: bytes, image: Image.Image) -> bytes | None:
 class _PreparedRows:
     """A torch-style map dataset over row references, preparing each in the worker that asks."""
 
-    def __init__(self, source: SourceDataset, refs: Sequence[RowRef], spec: PixelSpec) -> None:
+    def __init__(self, source: SourceDataset, refs: Sequence[RowRef], spec: PixelSpec, raw_jpeg: bool = False) -> None:
         self.source, self.refs, self.spec = source, refs, spec
+        self.prepare = prepare_raw if raw_jpeg else prepare_item
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __getitem__(self, position: int) -> PreparedItem:
         data, label = self.source.raw(self.refs[position])
-        return prepare_item(data, label, self.spec)
+        return self.prepare(data, label, self.spec)
 
 
 def _collate(items: list[PreparedItem]) -> list[PreparedItem]:
@@ -217,7 +252,9 @@ class StoreBuilder:
         options = self.options
         if out.exists() and not options.force:
             raise BuildError(f"{out} already exists; choose another --out or pass --force to replace it.")
-        source = SourceDataset(options.dataset, options.config, options.splits)
+        if options.captions_file:
+            _read_caption_file(options.captions_file)  # fail now, not after an hour of embedding
+        source = SourceDataset(options.dataset, options.config, options.splits, progress=options.progress)
         refs = source.rows()
         if options.limit is not None:
             refs = refs[: options.limit]
@@ -288,8 +325,9 @@ class StoreBuilder:
 
         spec = self.encoder.pixel_spec
         workers = self.options.workers if self.options.workers is not None else default_workers(len(chunk))
+        on_device = bool(getattr(self.encoder, "decodes_jpeg", False))
         loader = DataLoader(
-            _PreparedRows(source, chunk, spec),
+            _PreparedRows(source, chunk, spec, raw_jpeg=on_device),
             batch_size=self.options.batch_size,
             num_workers=workers,
             collate_fn=_collate,
@@ -301,7 +339,7 @@ class StoreBuilder:
             for item in batch:
                 if not item.ok:
                     log.warning("skipping an undecodable picture: %s", item.error)
-            vectors.append(self.encoder.encode_pixels(np.stack([item.pixels for item in batch])))
+            vectors.append(self._encode_batch(batch, spec))
             labels.extend(item.label for item in batch)
             thumbs.extend(item.thumbnail for item in batch)
             oks.extend(item.ok for item in batch)
@@ -324,6 +362,24 @@ class StoreBuilder:
         os.replace(temporary, stem.with_suffix(".npz"))  # the chunk counts as done only once complete
         if failures:
             log.warning("%d pictures of this chunk could not be decoded and were left out", failures)
+
+    def _encode_batch(self, batch: list[PreparedItem], spec: PixelSpec) -> np.ndarray:
+        """Vectors in batch order: JPEG bytes decoded on the GPU, everything else from CPU pixels."""
+        on_device = [i for i, item in enumerate(batch) if item.jpeg is not None]
+        out = np.empty((len(batch), self.encoder.info.dim), dtype=np.float32)
+        if on_device:
+            try:
+                out[on_device] = self.encoder.encode_jpegs([batch[i].jpeg for i in on_device])
+            except EncoderError as error:  # nvJPEG refuses a few valid files: decode that batch on the CPU
+                log.warning("GPU decoding failed for a batch, decoding it on the CPU: %s", error)
+                for i in on_device:
+                    batch[i] = prepare_item(batch[i].jpeg, batch[i].label, spec)
+                on_device = []
+        chosen = set(on_device)
+        on_cpu = [i for i in range(len(batch)) if i not in chosen]
+        if on_cpu:
+            out[on_cpu] = self.encoder.encode_pixels(np.stack([batch[i].pixels for i in on_cpu]))
+        return out
 
     def _captions(self, source: SourceDataset) -> tuple[list[Caption], np.ndarray]:
         captions: list[Caption] = []

@@ -45,5 +45,7 @@ def setup_logging(level: str = "INFO", *, secrets: Iterable[str] = ()) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "PIL", "discord.gateway"):
+    # discord.webhook logs interaction URLs, whose tokens are credentials for 15 minutes.
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "PIL", "discord.gateway",
+                  "discord.webhook"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -109,3 +109,56 @@ def has_traceback(log: str) -> bool:
     """Whether a log shows a Python traceback."""
     return "Traceback (most recent call last)" in log
 
+
+
+def inject(directory: Path, code: str) -> dict[str, str]:
+    """Environment that makes the bot process run `code` at start-up (a `sitecustomize` module): test-only faults."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(code, encoding="utf-8")
+    return {"PYTHONPATH": str(directory)}
+
+
+# Faults injected into the bot process by the hardening tests; production code has no hooks for them.
+FAULTS = '''
+import os, sys, time
+
+def _audit(event, args):
+    # Report every file opened for writing, so tests can prove uploads never touch the disk.
+    if event == "open" and isinstance(args[0], str) and isinstance(args[1], str) and any(m in args[1] for m in "wax+"):
+        os.write(2, ("AUDIT-WRITE " + args[0] + "\\n").encode())
+
+sys.addaudithook(_audit)
+
+def _patch():
+    import bot.encoder as encoder
+    original = encoder.ClipEncoder.encode_texts
+
+    def encode_texts(self, texts, *args, **kwargs):
+        if any("explode" in t for t in texts):
+            raise RuntimeError("injected encoder failure")
+        if any("slowly" in t for t in texts):
+            time.sleep(3)
+        return original(self, texts, *args, **kwargs)
+
+    encoder.ClipEncoder.encode_texts = encode_texts
+
+import importlib.abc, importlib.machinery
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bot.encoder":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        loader = spec.loader
+        original_exec = loader.exec_module
+
+        def exec_module(module):
+            original_exec(module)
+            _patch()
+
+        loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Hook())
+'''

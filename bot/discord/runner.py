@@ -45,7 +45,7 @@ async def _serve(settings: Settings, engine: Engine, batching: BatchingEncoder, 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     health = None
-    if settings.health_port:
+    if settings.health_port is not None:
         from ..health import HealthServer
 
         health = HealthServer(bot, settings.health_port)
