@@ -592,7 +592,7 @@ class RestApi:
         emu = self.emu
         state = self._webhook_state(ctx, "follow-up")
         data = ctx.body or {}
-        if state.original_loading and state.original_message_id is not None:
+        if state.original_loading and state.original_message_id in emu.messages:
             # The first follow-up after a deferred (type 5) response replaces the loading message.
             msg = edit_message(emu, emu.messages[state.original_message_id], data, ctx.uploads)
             state.original_loading = False
@@ -635,6 +635,9 @@ class RestApi:
         """DELETE an interaction response message."""
         state = self._webhook_state(ctx, "delete message")
         msg = self._webhook_message(ctx, state)
+        if int(msg["id"]) == state.original_message_id:
+            # A deleted "thinking…" placeholder is gone: the next follow-up is a new message, not its filling.
+            state.original_loading = False
         await self.emu._delete_message(msg, state.guild_id)
         return no_content()
 
