@@ -47,5 +47,5 @@ def setup_logging(level: str = "INFO", *, secrets: Iterable[str] = ()) -> None:
     root.setLevel(level.upper())
     # discord.webhook logs interaction URLs, whose tokens are credentials for 15 minutes.
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "PIL", "discord.gateway",
-                  "discord.webhook"):
+                  "discord.webhook", "faiss.loader", "pymilvus"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

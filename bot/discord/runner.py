@@ -34,6 +34,9 @@ def run(settings: Settings) -> int:
         asyncio.run(_serve(settings, engine, batching, token))
     finally:
         batching.close()
+        close_index = getattr(engine.index, "close", None)
+        if close_index is not None:  # frees a Milvus Lite file for the next process at once
+            close_index()
     log.info("stopped")
     return 0
 
