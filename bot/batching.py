@@ -1,4 +1,4 @@
-"""Micro-batching: concurrent encode requests wait a few milliseconds on one worker thread and run as one batch."""
+"""Micro-batching: concurrent encode requests meet on one worker thread and run as one batch."""
 
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ class BatchingEncoder:
     the worker wait up to `max_wait_ms` for more, so one user never pays for batching.
     """
 
-    def __init__(self, encoder, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_limit: int = 256) -> None:
+    def __init__(
+        self, encoder, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_limit: int = 256
+    ) -> None:
         self.encoder = encoder
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -195,7 +197,9 @@ def _caller_error(error: Exception) -> ClipbotError:
     return failure
 
 
-def _settle(future: Future, *, result: np.ndarray | None = None, exception: BaseException | None = None) -> None:
+def _settle(
+    future: Future, *, result: np.ndarray | None = None, exception: BaseException | None = None
+) -> None:
     if future.done():  # cancelled by its caller: nobody is waiting any more
         return
     if exception is not None:

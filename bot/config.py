@@ -56,7 +56,7 @@ class Settings:
     milvus_token: Secret = field(default_factory=lambda: Secret(""))
     verify: str = "full"
     log_level: str = "INFO"
-    max_concurrency: int = 4
+    max_concurrency: int = 8
     queue_limit: int = 64
     cooldown_seconds: float = 2.0
     batch_wait_ms: float = 5.0

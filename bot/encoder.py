@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -11,18 +12,34 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# libgomp's threads spin between parallel regions by default. When anything else wants the cores (the bot's
+# own threads decoding uploads, other processes) a forward pass keeps waiting on descheduled spinners: a prompt
+# took 1.3 s instead of 20 ms on a busy 2-core machine (docs/BENCHMARKS.md). Passive threads sleep instead.
+# OpenMP reads this once, when torch loads it: it must be set before `import torch`; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 from PIL import Image
 
 from .errors import EncoderError, ModelLoadError
-from .preprocess import PixelSpec, batch_pixels
+from .preprocess import PixelSpec, batch_pixels, resized_size
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 # CLIP's text tower has 77 positions (config.text_config.max_position_embeddings); longer prompts are cut.
 CLIP_CONTEXT_LENGTH = 77
+# Reduced precision must keep every embedding this close (cosine) to the fp32 one.
+MIN_COSINE = 0.999
+# bf16 must beat fp32 by this factor in the load-time probe: a smaller gap is within the probe's noise.
+MIN_SPEEDUP = 1.15
+# An fp32 forward pass shorter than this leaves nothing for bf16 to win.
+PROBE_MIN_MS = 5.0
+# Below this many parameters (test-sized models; ViT-B/32 has 151M) per-op overhead, not arithmetic, sets the
+# speed: bf16 cannot win, and on a busy machine a timing probe that short is noise. Such models stay fp32.
+PROBE_MIN_PARAMETERS = 20_000_000
+PROBE_PROMPTS = ("a photo of a dog", "a red circle on a grey background", "two people riding bicycles at sunset")
 # Config keys that change with the transformers version or the save location, not with the model.
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "_commit_hash", "architectures"}
 
@@ -47,6 +64,131 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     if precision != "auto":
         raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class PrecisionProbe:
+    """One fp32-against-bf16 measurement: best forward times (text + picture) and the worst cosine."""
+
+    fp32_ms: float
+    bf16_ms: float
+    cosine: float
+
+
+def choose_precision(probe: PrecisionProbe | None) -> str:
+    """Pick "bf16" only where the probe shows it faster by MIN_SPEEDUP and within MIN_COSINE; else "fp32"."""
+    if probe is None or not probe.cosine >= MIN_COSINE or probe.fp32_ms < PROBE_MIN_MS:
+        return "fp32"
+    return "bf16" if probe.bf16_ms * MIN_SPEEDUP <= probe.fp32_ms else "fp32"
+
+
+def pooled(output) -> torch.Tensor:
+    """The projected features of `get_*_features`: a tensor (transformers 4) or an output's pooler_output (5)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A bfloat16 twin of `model` that shares nothing with it; only the bf16 weights are allocated.
+
+    deepcopy() of the fp32 model first would hold a second fp32 copy at the peak (ViT-B/32: +600 MB).
+    """
+    memo: dict[int, object] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        converted = tensor.detach().to(torch.bfloat16) if tensor.is_floating_point() else tensor.detach().clone()
+        memo[id(tensor)] = torch.nn.Parameter(converted, requires_grad=False) if isinstance(
+            tensor, torch.nn.Parameter) else converted
+    return copy.deepcopy(model, memo)
+
+
+def probe_precision(model, candidate, tokenizer, image_size: int, repeats: int = 3) -> PrecisionProbe:
+    """Time fp32 `model` against its bf16 `candidate` on one prompt and one picture, and compare outputs. Blocking."""
+    tokens = tokenizer(list(PROBE_PROMPTS), padding=True, return_tensors="pt")
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(2, 3, image_size, image_size, generator=generator)
+    one_text = {key: value[:1] for key, value in tokens.items()}
+
+    def run(net, dtype, text, images) -> tuple[torch.Tensor, torch.Tensor]:
+        text_out = pooled(net.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"]))
+        image_out = pooled(net.get_image_features(pixel_values=images.to(dtype)))
+        return text_out.float(), image_out.float()
+
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    with torch.inference_mode():
+        reference = run(model, torch.float32, tokens, pixels)
+        reduced = run(candidate, torch.bfloat16, tokens, pixels)  # also the warm-up of the bf16 kernels
+        cosine = min(
+            float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min()) for a, b in zip(reference, reduced)
+        )
+        # Interleaved, best of `repeats`: other processes on the machine slow both alike.
+        for _ in range(repeats):
+            for net, dtype in ((model, torch.float32), (candidate, torch.bfloat16)):
+                started = time.perf_counter()
+                run(net, dtype, one_text, pixels[:1])
+                best[dtype] = min(best[dtype], (time.perf_counter() - started) * 1e3)
+    return PrecisionProbe(fp32_ms=best[torch.float32], bf16_ms=best[torch.bfloat16], cosine=cosine)
+
+
+def _bicubic(x: torch.Tensor) -> torch.Tensor:
+    """PIL's bicubic filter (a = -0.5)."""
+    x = x.abs()
+    near = (1.5 * x - 2.5) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * -0.5
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _bilinear(x: torch.Tensor) -> torch.Tensor:
+    """PIL's bilinear (triangle) filter."""
+    return (1 - x.abs()).clamp(min=0)
+
+
+# PIL resample code -> (filter, support): Pillow's src/libImaging/Resample.c.
+_FILTERS = {int(Image.Resampling.BICUBIC): (_bicubic, 2.0), int(Image.Resampling.BILINEAR): (_bilinear, 1.0)}
+# Host threads that decode and resample JPEG chunks ahead of the model, and how many chunks they may run ahead.
+DECODE_THREADS = 4
+DECODE_AHEAD = 8
+# Pillow's 8-bit resampling keeps its weights as fixed-point numbers with this many fraction bits.
+_PIL_PRECISION_BITS = 22
+
+
+def _resampling_matrix(
+    sizes: Sequence[int], targets: Sequence[int], offsets: Sequence[int], crop: int, padded: int, resample: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """(n, crop, padded) weights: row j of matrix i makes output pixel offsets[i] + j of a sizes[i] -> targets[i]
+    antialiased resize, exactly as Pillow's precompute_coeffs does; columns past sizes[i] stay zero."""
+    kernel, support = _FILTERS[resample]
+    size = torch.tensor(sizes, dtype=torch.float64, device=device)[:, None, None]
+    scale = size / torch.tensor(targets, dtype=torch.float64, device=device)[:, None, None]
+    filterscale = scale.clamp(min=1.0)
+    reach = support * filterscale
+    wanted = torch.arange(crop, dtype=torch.float64, device=device)[None, :, None]
+    center = (wanted + torch.tensor(offsets, dtype=torch.float64, device=device)[:, None, None] + 0.5) * scale
+    first = torch.floor(center - reach + 0.5).clamp(min=0)
+    last = torch.minimum(torch.floor(center + reach + 0.5), size)
+    source = torch.arange(padded, dtype=torch.float64, device=device)[None, None, :]
+    weights = torch.where((source >= first) & (source < last), kernel((source - center + 0.5) / filterscale), 0.0)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    unit = float(1 << _PIL_PRECISION_BITS)
+    return (torch.round(weights * unit) / unit).float()
+
+
+def gpu_jpeg_decoding(device: torch.device) -> bool:
+    """Whether JPEGs can be decoded on `device`: CUDA with torchvision's nvJPEG (torchvision stays optional)."""
+    if device.type != "cuda":
+        return False
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except Exception:  # missing, or a build for another torch that fails to load its operators
+        return False
+    return True
 
 
 def _canonical_config(config: dict) -> dict:
@@ -112,6 +254,7 @@ class ClipEncoder:
             CLIP_CONTEXT_LENGTH, int(getattr(model.config.text_config, "max_position_embeddings", 77))
         )
         self._fingerprint = model_fingerprint(model)
+        self._jpeg_on_device: bool | None = None
         self._lock = threading.Lock()  # one forward pass at a time: concurrency here only thrashes the cores
 
     @classmethod
@@ -121,6 +264,8 @@ class ClipEncoder:
         from transformers.utils import logging as hf_logging
 
         chosen = pick_device(device)
+        if precision == "auto":
+            precision = os.environ.get("CLIPBOT_PRECISION") or "auto"
         dtype = pick_dtype(chosen, precision)
         started = time.perf_counter()
         hf_logging.disable_progress_bar()
@@ -134,14 +279,38 @@ class ClipEncoder:
                 "(set CLIPBOT_MODEL to a Hugging Face id you can download or to a local directory)."
             ) from error
         model.eval()
+        # The fingerprint is taken here, from the checkpoint's own (fp32) weights, before any conversion.
         encoder = cls(model, tokenizer, PixelSpec.from_processor(processor), model_id, chosen)
-        model.to(device=chosen, dtype=dtype)
+        if precision == "auto" and chosen.type == "cpu":
+            dtype = encoder._auto_cpu_dtype()
+        encoder.model.to(device=chosen, dtype=dtype)
         encoder.dtype = dtype
         log.info(
             "loaded %s on %s (%s, dim %d) in %.1f s",
             model_id, chosen, str(dtype).removeprefix("torch."), encoder.dim, time.perf_counter() - started,
         )
         return encoder
+
+    def _auto_cpu_dtype(self) -> torch.dtype:
+        """bf16 where the probe finds it faster and as accurate on this CPU, else fp32; swaps in the bf16 model."""
+        if not bf16_supported():
+            log.info("precision auto: fp32 (this CPU has no native bfloat16)")
+            return torch.float32
+        parameters = sum(p.numel() for p in self.model.parameters())
+        if parameters < PROBE_MIN_PARAMETERS:
+            log.info("precision auto: fp32 (a %.1fM-parameter model gains nothing from bf16)", parameters / 1e6)
+            return torch.float32
+        candidate = bf16_copy(self.model)
+        probe = probe_precision(self.model, candidate, self.tokenizer, self.pixel_spec.crop)
+        choice = choose_precision(probe)
+        log.info(
+            "precision auto: %s (probe: fp32 %.1f ms, bf16 %.1f ms, cosine %.5f)",
+            choice, probe.fp32_ms, probe.bf16_ms, probe.cosine,
+        )
+        if choice != "bf16":
+            return torch.float32
+        self.model = candidate  # the fp32 weights are freed with the last reference to them
+        return torch.bfloat16
 
     @property
     def dim(self) -> int:
@@ -198,20 +367,95 @@ class ClipEncoder:
             with self._lock, torch.inference_mode():
                 started = time.perf_counter()
                 tensor = tensor.to(device=self.device, dtype=self.dtype, non_blocking=True)
-                features = self.model.get_image_features(pixel_values=tensor).pooler_output
+                features = pooled(self.model.get_image_features(pixel_values=tensor))
                 result = features.float().cpu().numpy()
                 log.debug("encoded %d images in %.1f ms", len(result), (time.perf_counter() - started) * 1e3)
         except RuntimeError as error:
             raise EncoderError(f"The image encoder failed: {error}") from error
         return normalize_rows(result)
 
+    @property
+    def decodes_jpeg(self) -> bool:
+        """Whether `encode_jpegs` can decode on this encoder's device (a CUDA GPU with torchvision)."""
+        if self._jpeg_on_device is None:
+            self._jpeg_on_device = gpu_jpeg_decoding(self.device)
+        return self._jpeg_on_device
+
+    def encode_jpegs(self, blobs: Sequence[bytes], batch_size: int = 256) -> np.ndarray:
+        """JPEG bytes to (n, dim) normalised float32, decoded, preprocessed and encoded on the GPU. Blocking.
+
+        Raises EncoderError for any picture nvJPEG cannot decode; callers then use the CPU path.
+        """
+        if not blobs:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if not self.decodes_jpeg:
+            raise EncoderError("JPEG decoding on the device needs a CUDA GPU and torchvision.")
+        from concurrent.futures import ThreadPoolExecutor
+
+        chunks = [blobs[i : i + batch_size] for i in range(0, len(blobs), batch_size)]
+        try:
+            with self._lock, torch.inference_mode(), ThreadPoolExecutor(DECODE_THREADS) as pool:
+                started = time.perf_counter()
+                # Host threads decode and resample the next chunks (nvJPEG's CPU stage, kernel launches) while
+                # this one runs the model: 7,300 -> 8,600 pictures/s on an H200. A window bounds GPU memory.
+                pending = [pool.submit(self._device_pixels, chunk) for chunk in chunks[:DECODE_AHEAD]]
+                features = []
+                for index in range(len(chunks)):
+                    pixels = pending[index].result()
+                    if index + DECODE_AHEAD < len(chunks):
+                        pending.append(pool.submit(self._device_pixels, chunks[index + DECODE_AHEAD]))
+                    features.append(pooled(self.model.get_image_features(pixel_values=pixels)))
+                result = torch.nn.functional.normalize(torch.cat(features).float(), dim=-1).cpu().numpy()
+                log.debug("decoded and encoded %d JPEGs in %.1f ms", len(result), (time.perf_counter() - started) * 1e3)
+        except (RuntimeError, ValueError) as error:
+            raise EncoderError(f"Decoding or encoding JPEGs on {self.device} failed: {error}") from error
+        return result
+
+    @torch.inference_mode()
+    def _device_pixels(self, blobs: Sequence[bytes]) -> torch.Tensor:
+        """nvJPEG decode, then CLIP's resize, crop and normalisation for the whole batch in a few GPU kernels.
+
+        Pictures of every size share one zero-padded batch; PIL's antialiased two-pass resampling becomes two
+        batched matrix products with PIL's own weights, each pass rounded to 8 bits as PIL rounds it. Per-picture
+        interpolate() calls cost ~8 kernel launches each and capped decoding at ~7,500 pictures/s on an H200.
+        """
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        spec = self.pixel_spec
+        if spec.resample not in _FILTERS:
+            raise ValueError(f"no GPU resampling matches PIL resample {spec.resample}")
+        data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        crop = spec.crop
+        heights = [int(image.shape[1]) for image in images]
+        widths = [int(image.shape[2]) for image in images]
+        targets = [resized_size(w, h, spec.resize) for w, h in zip(widths, heights)]
+        tops = [(th - crop) // 2 for _, th in targets]
+        lefts = [(tw - crop) // 2 for tw, _ in targets]
+        if min(tops) < 0 or min(lefts) < 0:
+            raise ValueError("a picture is smaller than the crop")
+        padded = torch.zeros((len(images), 3, max(heights), max(widths)), dtype=torch.uint8, device=self.device)
+        for index, image in enumerate(images):
+            padded[index, :, : heights[index], : widths[index]] = image
+        across = _resampling_matrix(widths, [tw for tw, _ in targets], lefts, crop, padded.shape[3], spec.resample,
+                                    self.device)
+        down = _resampling_matrix(heights, [th for _, th in targets], tops, crop, padded.shape[2], spec.resample,
+                                  self.device)
+        # PIL's order: the horizontal pass, rounded to 8 bits, then the vertical pass, rounded again.
+        rows = torch.matmul(padded.float(), across.transpose(1, 2)[:, None])
+        rows = torch.floor(rows + 0.5).clamp_(0, 255)
+        pixels = torch.floor(torch.matmul(down[:, None], rows) + 0.5).clamp_(0, 255)
+        mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        return ((pixels - mean) / std).to(self.dtype)
+
     def _forward_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
         try:
             with self._lock, torch.inference_mode():
                 started = time.perf_counter()
-                features = self.model.get_text_features(
+                features = pooled(self.model.get_text_features(
                     input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
-                ).pooler_output
+                ))
                 result = features.float().cpu().numpy()
                 log.debug("encoded %d texts in %.1f ms", len(result), (time.perf_counter() - started) * 1e3)
         except RuntimeError as error:

