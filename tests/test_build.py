@@ -154,3 +154,36 @@ def test_missing_split_is_named(tmp_path, encoder, folder) -> None:
 def test_missing_dataset_is_a_clear_error(tmp_path, encoder) -> None:
     with pytest.raises(BuildError, match="Cannot load the dataset"):
         StoreBuilder(encoder, options(tmp_path / "nowhere-to-be-found")).build(tmp_path / "s")
+
+
+class DeviceDecoding:
+    """The real encoder posing as one that decodes JPEGs on a GPU: `encode_jpegs` decodes with Pillow instead."""
+
+    decodes_jpeg = True
+
+    def __init__(self, encoder: ClipEncoder, *, fail: bool = False) -> None:
+        self.encoder = encoder
+        self.fail = fail
+        self.jpegs_seen = 0
+        self.pixel_spec, self.info = encoder.pixel_spec, encoder.info
+        self.encode_pixels, self.encode_texts = encoder.encode_pixels, encoder.encode_texts
+
+    def encode_jpegs(self, blobs):
+        from bot.errors import EncoderError
+
+        self.jpegs_seen += len(blobs)
+        if self.fail:
+            raise EncoderError("nvJPEG refused a file")
+        return self.encoder.encode_images([Image.open(io.BytesIO(blob)).convert("RGB") for blob in blobs])
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["device-decoding", "device-refuses-falls-back-to-cpu"])
+def test_gpu_decoding_path_builds_the_same_store(tmp_path, encoder, fail: bool) -> None:
+    folder = make_image_folder(tmp_path / "jpegs", per_class=4, seed=3, classes=CLASSES, formats=("jpg", "png"))
+    cpu = EmbeddingStore.load(StoreBuilder(encoder, options(folder, batch_size=5)).build(tmp_path / "cpu"))
+    device = DeviceDecoding(encoder, fail=fail)
+    gpu = EmbeddingStore.load(StoreBuilder(device, options(folder, batch_size=5)).build(tmp_path / "gpu"))
+    assert device.jpegs_seen == 6  # the JPEGs went to the device; the PNGs were prepared on the CPU
+    assert list(gpu.ids) == list(cpu.ids) and list(gpu.labels) == list(cpu.labels)
+    np.testing.assert_allclose(gpu.image_vectors, cpu.image_vectors, atol=1e-5)
+    assert [gpu.thumbnail(i) for i in range(len(gpu))] == [cpu.thumbnail(i) for i in range(len(cpu))]
