@@ -307,6 +307,14 @@ def test_health_and_metrics_endpoints(harness) -> None:
     assert "clipbot_command_seconds_bucket" in metrics and "clipbot_queue_depth" in metrics
 
 
+def test_memory_stayed_bounded_through_the_bad_inputs(harness) -> None:
+    _, bot = harness
+    status = Path(f"/proc/{bot.process.pid}/status").read_text()
+    peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+    # Decoding the 30000x30000 bomb alone would take 2.7 GB; the whole bot with its model stays far below.
+    assert peak_kib < 1_500_000, f"peak RSS {peak_kib / 1024:.0f} MiB"
+
+
 def test_the_token_never_reaches_the_log(harness) -> None:
     _, bot = harness
     assert FAKE_TOKEN not in bot.log
