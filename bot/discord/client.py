@@ -31,7 +31,7 @@ class ClipTree(app_commands.CommandTree):
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         name = interaction.command.qualified_name if interaction.command else "command"
-        getattr(self.client, "metrics", Metrics()).error(name, type(error).__name__)
+        self.client.metrics.error(name, type(error).__name__)
         await report_error(interaction, error, name)
 
 
