@@ -192,7 +192,8 @@ def _caller_error(error: Exception) -> ClipbotError:
         except TypeError:  # a subclass with another constructor
             failure = EncoderError(error.message)
     else:
-        failure = EncoderError(f"The encoder failed: {error}")
+        # The details go to the log (with the traceback); users get a sentence, not torch's internals.
+        failure = EncoderError("The encoder failed on this request; it has been logged. Please try again.")
     failure.__cause__ = error
     return failure
 

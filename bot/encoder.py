@@ -371,7 +371,8 @@ class ClipEncoder:
                 result = features.float().cpu().numpy()
                 log.debug("encoded %d images in %.1f ms", len(result), (time.perf_counter() - started) * 1e3)
         except RuntimeError as error:
-            raise EncoderError(f"The image encoder failed: {error}") from error
+            log.error("image encoder failed: %s", error)
+            raise EncoderError("The image encoder failed on this picture; please try again.") from error
         return normalize_rows(result)
 
     @property
@@ -459,5 +460,6 @@ class ClipEncoder:
                 result = features.float().cpu().numpy()
                 log.debug("encoded %d texts in %.1f ms", len(result), (time.perf_counter() - started) * 1e3)
         except RuntimeError as error:
-            raise EncoderError(f"The text encoder failed: {error}") from error
+            log.error("text encoder failed: %s", error)
+            raise EncoderError("The text encoder failed on this prompt; please try again.") from error
         return result
