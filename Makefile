@@ -20,7 +20,7 @@ $(BIN)/clipbot: pyproject.toml
 setup: $(BIN)/clipbot
 
 run: setup
-	@$(BIN)/python -c "from bot.config import Settings; Settings.from_env().require_token()" \
+	@$(BIN)/python -c "import sys; from bot.config import Settings; sys.exit(not Settings.from_env().discord_token)" \
 		|| { echo "Put DISCORD_TOKEN in .env first: cp .env.example .env (see README)"; exit 1; }
 	@test -f $(STORE)/manifest.json || $(BIN)/clipbot build --out $(STORE)
 	$(BIN)/clipbot run
