@@ -23,7 +23,8 @@ from bot.milvus import (
     redact,
 )
 from bot.search import SearchService
-from bot.store import Caption, EmbeddingStore, Manifest, StoreWriter
+from bot.store import EmbeddingStore
+from tests import storekit
 
 DIM = 32
 LABELS = ["cat", "dog", "fish", "bird"]
@@ -52,15 +53,11 @@ def write_store(path: Path, *, rows: int = 600, seed: int = 0, duplicates: int =
     vectors = clustered_rows(rng, rows) if clustered else unit_rows(rng, rows)
     if duplicates:
         vectors[-duplicates:] = vectors[0]
-    captions = [Caption(text=f"caption {i}", kind="class") for i in range(12)]
-    manifest = Manifest(model_id="test/model", model_fingerprint=fingerprint, dim=DIM, dataset={"id": "hand-made"},
-                        image_count=0, caption_count=0, label_names=list(LABELS), splits=["train"])
-    StoreWriter(path).write(
-        manifest, vectors, unit_rows(rng, len(captions)), [f"train-{i}" for i in range(rows)],
-        rng.integers(0, len(LABELS), rows).astype(np.int32), np.arange(rows, dtype=np.int64), captions,
-        [bytes([i % 256]) * 3 for i in range(rows)],
-    )
-    return EmbeddingStore.load(path)
+    labels = rng.integers(0, len(LABELS), rows)
+    return EmbeddingStore.load(storekit.write_store(
+        path, vectors, labels, LABELS, unit_rows(rng, 12), [f"caption {i}" for i in range(12)],
+        fingerprint=fingerprint,
+    ))
 
 
 def ids(results) -> list[list[int]]:
