@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bot import encoder as encoder_module
 from bot.build import BuildOptions, StoreBuilder, prepare_item
+from bot.device_pixels import clip_pixels, decode_jpegs, pad_batch
 from bot.encoder import ClipEncoder, pooled
 from bot.images import open_image
 from bot.preprocess import to_pixels
@@ -92,45 +94,112 @@ def tutorial_rate(model_dir: Path, blobs: list[bytes], device: torch.device) -> 
     return len(blobs) / (time.perf_counter() - started)
 
 
-def encode_only_rate(encoder: ClipEncoder, batches: int) -> float:
+def encode_only_rate(encoder: ClipEncoder, batches: int, batch: int = BATCH) -> float:
     """fp16 (or the CPU's precision) batched encoding of pixels already on the device."""
     spec = encoder.pixel_spec
-    pixels = torch.randn(BATCH, 3, spec.crop, spec.crop, device=encoder.device)
+    pixels = torch.randn(batch, 3, spec.crop, spec.crop, device=encoder.device)
     encoder.encode_pixels(pixels)
     started = time.perf_counter()
     for _ in range(batches):
         encoder.encode_pixels(pixels)
-    return batches * BATCH / (time.perf_counter() - started)
+    return batches * batch / (time.perf_counter() - started)
 
 
 def device_decode_rate(encoder: ClipEncoder, blobs: list[bytes]) -> float:
-    """nvJPEG decode and CLIP preprocessing on the GPU alone."""
-    encoder._device_pixels(blobs[:BATCH])
-    _sync(encoder.device)
-    started = time.perf_counter()
+    """nvJPEG decode and CLIP preprocessing on the GPU alone, one batch after another on one thread."""
+
+    def pixels(part: list[bytes]) -> torch.Tensor:
+        return clip_pixels(decode_jpegs(part, encoder.device), encoder.pixel_spec, encoder.dtype)
+
     with torch.inference_mode():
+        pixels(blobs[:BATCH])
+        _sync(encoder.device)
+        started = time.perf_counter()
         for start in range(0, len(blobs), BATCH):
-            encoder._device_pixels(blobs[start : start + BATCH])
-    _sync(encoder.device)
+            pixels(blobs[start : start + BATCH])
+        _sync(encoder.device)
     return len(blobs) / (time.perf_counter() - started)
 
 
-def end_to_end_rate(encoder: ClipEncoder, blobs: list[bytes], chunk: int = 2048) -> float:
+def _pad_one_by_one(images: list[torch.Tensor]) -> torch.Tensor:
+    """The padding as it was before nested tensors: one copy per picture (the breakdown's reference)."""
+    height, width = max(int(i.shape[1]) for i in images), max(int(i.shape[2]) for i in images)
+    padded = torch.zeros((len(images), 3, height, width), dtype=torch.uint8, device=images[0].device)
+    for index, image in enumerate(images):
+        padded[index, :, : image.shape[1], : image.shape[2]] = image
+    return padded
+
+
+def preprocessing_breakdown(encoder: ClipEncoder, blobs: list[bytes], batches: int = 20) -> str:
+    """Milliseconds per batch of each preprocessing step, timed one step at a time (synchronised), and
+    clip_pixels queued back to back: when that is as slow as the synchronised figure, the host is the limit."""
+    spec, device = encoder.pixel_spec, encoder.device
+    totals: dict[str, float] = {}
+
+    def timed(name: str, func, *args):
+        _sync(device)
+        started = time.perf_counter()
+        value = func(*args)
+        _sync(device)
+        totals[name] = totals.get(name, 0.0) + (time.perf_counter() - started) * 1e3
+        return value
+
+    with torch.inference_mode():
+        decoded = []
+        for index in range(batches + 1):
+            if index == 1:
+                totals.clear()  # the first batch warms up cuBLAS and the allocator
+            images = timed("decode", decode_jpegs, blobs[index * BATCH : (index + 1) * BATCH], device)
+            timed("pad (nested)", pad_batch, images)
+            timed("pad (a copy per picture)", _pad_one_by_one, images)
+            timed("clip_pixels", clip_pixels, images, spec, encoder.dtype)
+            timed("encode", encoder.encode_pixels, clip_pixels(images, spec, encoder.dtype))
+            decoded.append(images)
+        _sync(device)
+        started = time.perf_counter()
+        for images in decoded[1:]:
+            clip_pixels(images, spec, encoder.dtype)
+        _sync(device)
+        totals["clip_pixels queued"] = (time.perf_counter() - started) * 1e3
+    return ", ".join(f"{name} {total / batches:.2f} ms" for name, total in totals.items())
+
+
+def resampling_agreement(encoder: ClipEncoder, blobs: list[bytes]) -> str:
+    """The same nvJPEG-decoded pictures preprocessed on the GPU and on the CPU: how many values differ."""
+    with torch.inference_mode():
+        images = decode_jpegs(blobs, encoder.device)
+        gpu = clip_pixels(images, encoder.pixel_spec, torch.float32).cpu()
+        cpu = clip_pixels([image.cpu() for image in images], encoder.pixel_spec, torch.float32)
+    levels = (gpu - cpu).abs() * torch.tensor(encoder.pixel_spec.std).view(1, 3, 1, 1) * 255.0
+    return (
+        f"GPU against CPU preprocessing of the same {len(blobs)} decoded pictures: max {levels.max():.3f} "
+        f"levels, {float((levels > 0.5).float().mean()):.2e} of the values one level apart"
+    )
+
+
+def end_to_end_rate(encoder: ClipEncoder, blobs: list[bytes], chunk: int = 2048, batch: int = BATCH) -> float:
     """JPEG bytes to normalised float32 vectors on the host, in chunks, through `encode_jpegs`."""
-    encoder.encode_jpegs(blobs[:BATCH])
+    encoder.encode_jpegs(blobs[:batch], batch_size=batch)
     started = time.perf_counter()
     for start in range(0, len(blobs), chunk):
-        encoder.encode_jpegs(blobs[start : start + chunk], batch_size=BATCH)
+        encoder.encode_jpegs(blobs[start : start + chunk], batch_size=batch)
     return len(blobs) / (time.perf_counter() - started)
+
+
+def end_to_end_threads(encoder: ClipEncoder, blobs: list[bytes], threads: int) -> float:
+    """`end_to_end_rate` with `threads` host threads preparing chunks."""
+    default = encoder_module.DECODE_THREADS
+    encoder_module.DECODE_THREADS = threads
+    try:
+        return end_to_end_rate(encoder, blobs)
+    finally:
+        encoder_module.DECODE_THREADS = default
 
 
 def decode_only_rate(encoder: ClipEncoder, blobs: list[bytes]) -> float:
     """torchvision's batched nvJPEG decode alone, to split decoding from preprocessing."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     def decode(part: list[bytes]) -> list[torch.Tensor]:
-        data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in part]
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=encoder.device)
+        return decode_jpegs(part, encoder.device)
 
     decode(blobs[:BATCH])
     _sync(encoder.device)
@@ -267,11 +336,34 @@ def run(ctx: Context, out: Path, count: int) -> None:
             _attempt(ctx, "end to end", end_to_end_rate, encoder, blobs),
             limit=TARGET_IMAGES_PER_S if on_gpu else None,
         )
+        row(
+            "the same, measured again (the spread between two runs)",
+            _attempt(ctx, "end to end, again", end_to_end_rate, encoder, blobs),
+        )
+        row(
+            "the same, batches of 512 in chunks of 8192",
+            _attempt(ctx, "end to end, batch 512", end_to_end_rate, encoder, blobs, 8192, 2 * BATCH),
+        )
+        row(
+            "the same, 8 host threads preparing chunks",
+            _attempt(ctx, "end to end, 8 threads", end_to_end_threads, encoder, blobs, 8),
+        )
+        if on_gpu:
+            row(
+                f"batched encoding alone ({dtype}, batch 512)",
+                _attempt(ctx, "encoding 512", encode_only_rate, encoder, 20, 512),
+            )
+        breakdown = _attempt(ctx, "breakdown", preprocessing_breakdown, encoder, blobs, 20 if on_gpu else 1)
+        if breakdown:
+            ctx.notes.append(f"gpu: per batch of {BATCH}: {breakdown}")
         cosine = _attempt(ctx, "agreement", agreement, encoder, blobs[:64])
         if cosine is not None:
             ctx.notes.append(
                 f"gpu: least cosine, GPU-decoded against PIL-decoded embeddings of 64 files: {cosine:.5f}"
             )
+        resampled = _attempt(ctx, "resampling agreement", resampling_agreement, encoder, blobs[:64])
+        if resampled:
+            ctx.notes.append(f"gpu: {resampled}")
     try:
         import datasets  # noqa: F401
     except Exception as error:  # the device image may lack datasets; carried wheels may not fit its pyarrow

@@ -1,4 +1,4 @@
-"""The only module that imports torch and transformers: texts and pictures to normalised float32 vectors."""
+"""CLIP through transformers (the only module that imports it): texts and pictures to normalised float32 vectors."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .device_pixels import clip_pixels, decode_jpegs, jpeg_decoding_available
 from .errors import EncoderError, ModelLoadError
-from .preprocess import PixelSpec, batch_pixels, resized_size
+from .preprocess import PixelSpec, batch_pixels
 
 log = logging.getLogger(__name__)
 
@@ -136,59 +137,9 @@ def probe_precision(model, candidate, tokenizer, image_size: int, repeats: int =
     return PrecisionProbe(fp32_ms=best[torch.float32], bf16_ms=best[torch.bfloat16], cosine=cosine)
 
 
-def _bicubic(x: torch.Tensor) -> torch.Tensor:
-    """PIL's bicubic filter (a = -0.5)."""
-    x = x.abs()
-    near = (1.5 * x - 2.5) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * -0.5
-    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
-
-
-def _bilinear(x: torch.Tensor) -> torch.Tensor:
-    """PIL's bilinear (triangle) filter."""
-    return (1 - x.abs()).clamp(min=0)
-
-
-# PIL resample code -> (filter, support): Pillow's src/libImaging/Resample.c.
-_FILTERS = {int(Image.Resampling.BICUBIC): (_bicubic, 2.0), int(Image.Resampling.BILINEAR): (_bilinear, 1.0)}
 # Host threads that decode and resample JPEG chunks ahead of the model, and how many chunks they may run ahead.
 DECODE_THREADS = 4
 DECODE_AHEAD = 8
-# Pillow's 8-bit resampling keeps its weights as fixed-point numbers with this many fraction bits.
-_PIL_PRECISION_BITS = 22
-
-
-def _resampling_matrix(
-    sizes: Sequence[int], targets: Sequence[int], offsets: Sequence[int], crop: int, padded: int, resample: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """(n, crop, padded) weights: row j of matrix i makes output pixel offsets[i] + j of a sizes[i] -> targets[i]
-    antialiased resize, exactly as Pillow's precompute_coeffs does; columns past sizes[i] stay zero."""
-    kernel, support = _FILTERS[resample]
-    size = torch.tensor(sizes, dtype=torch.float64, device=device)[:, None, None]
-    scale = size / torch.tensor(targets, dtype=torch.float64, device=device)[:, None, None]
-    filterscale = scale.clamp(min=1.0)
-    reach = support * filterscale
-    wanted = torch.arange(crop, dtype=torch.float64, device=device)[None, :, None]
-    center = (wanted + torch.tensor(offsets, dtype=torch.float64, device=device)[:, None, None] + 0.5) * scale
-    first = torch.floor(center - reach + 0.5).clamp(min=0)
-    last = torch.minimum(torch.floor(center + reach + 0.5), size)
-    source = torch.arange(padded, dtype=torch.float64, device=device)[None, None, :]
-    weights = torch.where((source >= first) & (source < last), kernel((source - center + 0.5) / filterscale), 0.0)
-    weights = weights / weights.sum(dim=-1, keepdim=True)
-    unit = float(1 << _PIL_PRECISION_BITS)
-    return (torch.round(weights * unit) / unit).float()
-
-
-def gpu_jpeg_decoding(device: torch.device) -> bool:
-    """Whether JPEGs can be decoded on `device`: CUDA with torchvision's nvJPEG (torchvision stays optional)."""
-    if device.type != "cuda":
-        return False
-    try:
-        from torchvision.io import decode_jpeg  # noqa: F401
-    except Exception:  # missing, or a build for another torch that fails to load its operators
-        return False
-    return True
 
 
 def _canonical_config(config: dict) -> dict:
@@ -379,7 +330,7 @@ class ClipEncoder:
     def decodes_jpeg(self) -> bool:
         """Whether `encode_jpegs` can decode on this encoder's device (a CUDA GPU with torchvision)."""
         if self._jpeg_on_device is None:
-            self._jpeg_on_device = gpu_jpeg_decoding(self.device)
+            self._jpeg_on_device = jpeg_decoding_available(self.device)
         return self._jpeg_on_device
 
     def encode_jpegs(self, blobs: Sequence[bytes], batch_size: int = 256) -> np.ndarray:
@@ -414,41 +365,12 @@ class ClipEncoder:
 
     @torch.inference_mode()
     def _device_pixels(self, blobs: Sequence[bytes]) -> torch.Tensor:
-        """nvJPEG decode, then CLIP's resize, crop and normalisation for the whole batch in a few GPU kernels.
+        """nvJPEG decoding and CLIP preprocessing of one chunk, queued on the device's current stream.
 
-        Pictures of every size share one zero-padded batch; PIL's antialiased two-pass resampling becomes two
-        batched matrix products with PIL's own weights, each pass rounded to 8 bits as PIL rounds it. Per-picture
-        interpolate() calls cost ~8 kernel launches each and capped decoding at ~7,500 pictures/s on an H200.
+        Per-thread side streams, and a stream of its own for the model, measured 4-6% slower on an H200
+        (docs/BENCHMARKS.md): the host threads, not the GPU's queue, set the pace.
         """
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        spec = self.pixel_spec
-        if spec.resample not in _FILTERS:
-            raise ValueError(f"no GPU resampling matches PIL resample {spec.resample}")
-        data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-        crop = spec.crop
-        heights = [int(image.shape[1]) for image in images]
-        widths = [int(image.shape[2]) for image in images]
-        targets = [resized_size(w, h, spec.resize) for w, h in zip(widths, heights)]
-        tops = [(th - crop) // 2 for _, th in targets]
-        lefts = [(tw - crop) // 2 for tw, _ in targets]
-        if min(tops) < 0 or min(lefts) < 0:
-            raise ValueError("a picture is smaller than the crop")
-        padded = torch.zeros((len(images), 3, max(heights), max(widths)), dtype=torch.uint8, device=self.device)
-        for index, image in enumerate(images):
-            padded[index, :, : heights[index], : widths[index]] = image
-        across = _resampling_matrix(widths, [tw for tw, _ in targets], lefts, crop, padded.shape[3], spec.resample,
-                                    self.device)
-        down = _resampling_matrix(heights, [th for _, th in targets], tops, crop, padded.shape[2], spec.resample,
-                                  self.device)
-        # PIL's order: the horizontal pass, rounded to 8 bits, then the vertical pass, rounded again.
-        rows = torch.matmul(padded.float(), across.transpose(1, 2)[:, None])
-        rows = torch.floor(rows + 0.5).clamp_(0, 255)
-        pixels = torch.floor(torch.matmul(down[:, None], rows) + 0.5).clamp_(0, 255)
-        mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
-        return ((pixels - mean) / std).to(self.dtype)
+        return clip_pixels(decode_jpegs(blobs, self.device), self.pixel_spec, self.dtype)
 
     def _forward_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
         try:
