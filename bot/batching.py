@@ -82,7 +82,7 @@ class BatchingEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised text vectors, encoded together with whatever else is waiting. Blocking."""
-        return self._submit(_Request("text", list(texts))).result()
+        return self.submit_texts(texts).result()
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Normalised picture vectors; preprocessing runs in the caller's thread. Blocking."""
@@ -90,10 +90,18 @@ class BatchingEncoder:
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised vectors of preprocessed (n, 3, H, W) pixels. Blocking."""
+        return self.submit_pixels(pixels).result()
+
+    def submit_texts(self, texts: Sequence[str]) -> Future:
+        """Queue texts; the future's result is their normalised vectors. Raises BusyError when full."""
+        return self._submit(_Request("text", list(texts)))
+
+    def submit_pixels(self, pixels: np.ndarray) -> Future:
+        """Queue preprocessed (n, 3, H, W) pixels; the future's result is their normalised vectors."""
         pixels = np.asarray(pixels, dtype=np.float32)
         if pixels.ndim != 4:  # refused here, so that one malformed request cannot fail a whole batch
             raise ValueError(f"pixels must be (n, 3, height, width), got shape {pixels.shape}")
-        return self._submit(_Request("pixels", pixels)).result()
+        return self._submit(_Request("pixels", pixels))
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish queued work, then stop the worker thread."""

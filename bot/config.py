@@ -61,6 +61,7 @@ class Settings:
     cooldown_seconds: float = 2.0
     batch_wait_ms: float = 5.0
     max_batch: int = 32
+    worker_nice: int = 10
     health_port: int | None = None
     shutdown_grace_seconds: float = 20.0
 
@@ -92,6 +93,7 @@ class Settings:
             cooldown_seconds=_float(values, "CLIPBOT_COOLDOWN_SECONDS", cls.cooldown_seconds),
             batch_wait_ms=_float(values, "CLIPBOT_BATCH_WAIT_MS", cls.batch_wait_ms),
             max_batch=_int(values, "CLIPBOT_MAX_BATCH", cls.max_batch, minimum=1),
+            worker_nice=_int(values, "CLIPBOT_WORKER_NICE", cls.worker_nice),
             health_port=_optional_int(values, "CLIPBOT_HEALTH_PORT"),
             shutdown_grace_seconds=_float(values, "CLIPBOT_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
         )

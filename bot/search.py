@@ -79,6 +79,16 @@ class ParsedQuery:
 
 
 @dataclass(frozen=True)
+class TextQuery:
+    """A checked prompt: the texts to encode, its cache key, and its vector when the cache has it."""
+
+    display: str
+    texts: tuple[str, ...]
+    key: str
+    vector: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class FindResult:
     """Pictures for a text (and optionally picture) query, one page of them."""
 
@@ -230,6 +240,14 @@ class SearchService:
         started = time.perf_counter()
         check_k(k)
         vector = self.encoder.encode_images([image])[0]
+        return self.similar_to_vector(vector, k, captions=captions, started=started)
+
+    def similar_to_vector(
+        self, vector: np.ndarray, k: int = 4, *, captions: int | None = None, started: float | None = None
+    ) -> SimilarResult:
+        """Nearest captions and pictures for a picture's vector."""
+        check_k(k)
+        started = started if started is not None else time.perf_counter()
         return self._similar_to_vector(vector, k, captions or k, started=started)
 
     def similar_to_item(self, index: int, k: int = 4, *, captions: int | None = None) -> SimilarResult:
@@ -252,16 +270,24 @@ class SearchService:
 
     def text_query_vector(self, text: str) -> np.ndarray:
         """The normalised query vector for a prompt with optional `-terms`, cached."""
+        query = self.text_query(text)
+        if query.vector is not None:
+            return query.vector
+        return self.text_vector(query, self.encoder.encode_texts(list(query.texts)))
+
+    def text_query(self, text: str) -> TextQuery:
+        """Check and parse a prompt, and look its vector up in the cache; no encoding."""
         parsed = self._parse(text)
         key = f"{parsed.positive}\x00{'|'.join(parsed.negatives)}"
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        vectors = self.encoder.encode_texts([parsed.positive, *parsed.negatives])
+        return TextQuery(display=" ".join(text.split()), texts=(parsed.positive, *parsed.negatives), key=key,
+                         vector=self.cache.get(key))
+
+    def text_vector(self, query: TextQuery, vectors: np.ndarray) -> np.ndarray:
+        """The query vector from the encoded `query.texts`: the prompt steered away from its `-terms`; cached."""
         vector = vectors[0]
-        if parsed.negatives:
+        if len(vectors) > 1:
             vector = _normalized(vector - self.negative_weight * vectors[1:].mean(axis=0))
-        self.cache.put(key, vector)
+        self.cache.put(query.key, vector)
         return vector
 
     # --- helpers -----------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ if _ROOT not in sys.path:
 
 import pytest  # noqa: E402
 
+from bot.batching import BatchingEncoder  # noqa: E402
+from tests.encoderkit import FakeEncoder  # noqa: E402
 from tests.fixtures import SHAPES_FOLDER_SEED, make_image_folder, make_tiny_clip, trained_shapes_clip  # noqa: E402
 
 
@@ -51,3 +53,18 @@ def shapes_store(tmp_path_factory: pytest.TempPathFactory, shapes_clip_dir: Path
                      "--no-progress", timeout=600)
     assert result.returncode == 0, result.stderr
     return root / "store"
+
+
+@pytest.fixture
+def fake() -> FakeEncoder:
+    """A fake encoder that records its batches and can be held busy (tests/encoderkit.py)."""
+    return FakeEncoder()
+
+
+@pytest.fixture
+def batching(fake: FakeEncoder):
+    """The micro-batching front over `fake`, closed after the test."""
+    front = BatchingEncoder(fake, max_batch=32, max_wait_ms=5.0, queue_limit=64)
+    yield front
+    fake.release()
+    front.close()

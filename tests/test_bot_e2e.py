@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -216,6 +218,23 @@ def test_event_loop_keeps_heartbeating_under_load(harness) -> None:
     # Discord drops a client that misses a heartbeat; the interval here is 1 s.
     assert max(gaps) < 2.0, gaps
     assert bot.alive()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_threads_run_below_the_event_loop(harness) -> None:
+    _, bot = harness
+    pid = bot.process.pid
+
+    def nice(tid: str) -> int:
+        # /proc/PID/task/TID/stat: the 19th field is the nice value; the name before it may hold spaces.
+        fields = (Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]).split()
+        return int(fields[16])
+
+    tids = [tid for tid in os.listdir(f"/proc/{pid}/task") if tid != str(pid)]
+    loop = nice(str(pid))  # the main thread runs the event loop
+    others = [nice(tid) for tid in tids]
+    assert min(19, loop + 10) in others, (loop, others)  # the encoder's worker, at least (CLIPBOT_WORKER_NICE)
+    assert all(value >= loop for value in others)
 
 
 def test_log_has_no_token_and_no_traceback(harness) -> None:

@@ -38,6 +38,7 @@ def test_missing_token_says_where_to_put_it() -> None:
     ("CLIPBOT_BACKEND", "faiss", "CLIPBOT_BACKEND must be one of exact, milvus"),
     ("CLIPBOT_MAX_CONCURRENCY", "0", "CLIPBOT_MAX_CONCURRENCY must be at least 1"),
     ("CLIPBOT_COOLDOWN_SECONDS", "-1", "CLIPBOT_COOLDOWN_SECONDS cannot be negative"),
+    ("CLIPBOT_WORKER_NICE", "-5", "CLIPBOT_WORKER_NICE must be at least 0"),
 ])
 def test_bad_values_name_the_variable(key: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -47,3 +48,8 @@ def test_bad_values_name_the_variable(key: str, value: str, message: str) -> Non
 def test_api_base_loses_its_trailing_slash() -> None:
     settings = Settings.from_env({"DISCORD_API_BASE": "http://127.0.0.1:8080/api/v10/"}, dotenv=None)
     assert settings.discord_api_base == "http://127.0.0.1:8080/api/v10"
+
+
+def test_worker_nice_defaults_to_ten_and_zero_turns_it_off() -> None:
+    assert Settings.from_env({}, dotenv=None).worker_nice == 10
+    assert Settings.from_env({"CLIPBOT_WORKER_NICE": "0"}, dotenv=None).worker_nice == 0

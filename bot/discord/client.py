@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -18,6 +19,8 @@ from ..config import Settings
 from ..engine import Engine
 from ..errors import ClipbotError
 from ..metrics import Metrics
+from ..priorities import lower_this_thread
+from ..query_vectors import QueryVectors
 from .errors import report_error
 from .gateway import resolve_gateway
 from .limits import Admission
@@ -46,7 +49,12 @@ class ClipBot(commands.Bot):
                          help_command=None, allowed_mentions=discord.AllowedMentions.none())
         self.settings = settings
         self.engine = engine
-        self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="clip-search")
+        # Decoding, search and rendering only: encoding is awaited on the loop (QueryVectors), holding no thread.
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.max_concurrency, thread_name_prefix="clip-search",
+            initializer=functools.partial(lower_this_thread, settings.worker_nice),
+        )
+        self.queries = QueryVectors(engine.service, self.executor)
         self.admission = Admission(cooldown_seconds=settings.cooldown_seconds, max_in_flight=settings.queue_limit)
         self.metrics = Metrics(queue_depth=lambda: self.admission.in_flight)
         self.encoder_queue_depth = encoder_queue_depth
@@ -74,18 +82,27 @@ class ClipBot(commands.Bot):
         log.info("ready as %s (id %s) in %d guilds; %d pictures searchable",
                  self.user, self.user.id if self.user else "?", len(self.guilds), len(self.engine.store))
 
-    async def serve(self, command: str, func: Callable[..., T], *args, **kwargs) -> T:
-        """Run blocking `func` in the executor, counting it as in flight and timing it."""
+    @contextlib.asynccontextmanager
+    async def serving(self, command: str) -> AsyncIterator[None]:
+        """Count the block as one `command` in flight, time it, and count its clipbot errors."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         with self.admission:
             try:
-                result = await loop.run_in_executor(self.executor, functools.partial(func, *args, **kwargs))
+                yield
             except ClipbotError as error:
                 self.metrics.error(command, type(error).__name__)
                 raise
         self.metrics.observe(command, time.perf_counter() - started)
-        return result
+
+    async def run_blocking(self, func: Callable[..., T], *args, **kwargs) -> T:
+        """Run blocking `func` in the executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(func, *args, **kwargs))
+
+    async def serve(self, command: str, func: Callable[..., T], *args, **kwargs) -> T:
+        """Run blocking `func` in the executor as one `command` (see `serving`)."""
+        async with self.serving(command):
+            return await self.run_blocking(func, *args, **kwargs)
 
     def track(self, task: asyncio.Task) -> None:
         """Remember a command's task so that shutdown can wait for it."""

@@ -12,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from ..errors import ImageTooLargeError, InvalidImageError, InvalidQueryError
-from ..images import MAX_IMAGE_BYTES, open_image
+from ..images import MAX_IMAGE_BYTES
 from ..prompts import readable_label
 from ..search import MAX_PROMPT_CHARS, FindResult, ImageHit, SimilarResult
 from .errors import report_error
@@ -123,7 +123,9 @@ class SearchCog(commands.Cog):
         check_prompt(prompt)
         check_count(count)
         await interaction.response.defer(thinking=True)
-        result, reply = await self.bot.serve("find", self._find, prompt, count, label)
+        async with self.bot.serving("find"):
+            vector, query = await self.bot.queries.text(prompt)
+            result, reply = await self.bot.run_blocking(self._page, vector, count, query, label, 0)
         await self._send(interaction, reply, self._find_view(interaction.user.id, result, count))
 
     @find.autocomplete("label")
@@ -211,17 +213,12 @@ class SearchCog(commands.Cog):
 
     # --- blocking work, run in the executor --------------------------------------------------------------
 
-    def _find(self, prompt: str, count: int, label: str | None) -> tuple[FindResult, Reply]:
-        result = self.service.find(prompt, count, label=label)
-        return result, find_reply(result, self.store.thumbnail)
-
     def _page(self, vector, count: int, query: str, label: str | None, offset: int) -> tuple[FindResult, Reply]:
         result = self.service.find_by_vector(vector, count, query=query, label=label, offset=offset)
         return result, find_reply(result, self.store.thumbnail)
 
-    def _similar_bytes(self, data: bytes, count: int) -> tuple[SimilarResult, Reply]:
-        picture = open_image(data, draft_size=self.bot.engine.encoder.pixel_spec.resize)
-        result = self.service.similar(picture, count)
+    def _similar_to_vector(self, vector, count: int) -> tuple[SimilarResult, Reply]:
+        result = self.service.similar_to_vector(vector, count)
         return result, similar_reply(result, self.store.thumbnail)
 
     def _similar_to_item(self, index: int) -> tuple[SimilarResult, Reply]:
@@ -239,7 +236,9 @@ class SearchCog(commands.Cog):
 
     async def _similar_to_upload(self, interaction, attachment: discord.Attachment, count: int) -> None:
         data = await download(attachment)
-        result, reply = await self.bot.serve("similar", self._similar_bytes, data, count)
+        async with self.bot.serving("similar"):
+            vector = await self.bot.queries.picture(data)
+            result, reply = await self.bot.run_blocking(self._similar_to_vector, vector, count)
         await self._send(interaction, reply, self._similar_view(interaction.user.id, result))
 
     def _find_view(self, owner_id: int, result: FindResult, count: int) -> ResultsView:

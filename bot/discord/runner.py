@@ -12,6 +12,7 @@ from ..batching import BatchingEncoder
 from ..config import Settings
 from ..engine import Engine, load_engine
 from ..errors import ConfigError
+from ..priorities import lower_other_threads
 from .client import ClipBot
 from .gateway import use_api_base
 
@@ -30,6 +31,8 @@ def run(settings: Settings) -> int:
     batching = BatchingEncoder(engine.encoder, max_batch=settings.max_batch, max_wait_ms=settings.batch_wait_ms,
                                queue_limit=settings.queue_limit * 4)
     engine.service.encoder = batching
+    # This thread runs the event loop; the encoder's thread and OpenMP's pool exist by now.
+    lower_other_threads(settings.worker_nice)
     try:
         asyncio.run(_serve(settings, engine, batching, token))
     finally:
