@@ -66,7 +66,7 @@ class Serving:
         similar_reply(self.tutorial.similar_bytes(data, K), self.store.thumbnail)
 
     def ours_similar(self, data: bytes) -> None:
-        # What the bot's /similar does in the executor (bot.discord.commands.SearchCog._similar_bytes).
+        # The work of the bot's /similar (QueryVectors.picture, then SearchCog._similar_to_vector), in one thread.
         picture = open_image(data, draft_size=self.encoder.pixel_spec.resize)
         similar_reply(self.service.similar(picture, K), self.store.thumbnail)
 

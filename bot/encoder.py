@@ -17,6 +17,9 @@ from dataclasses import dataclass
 # took 1.3 s instead of 20 ms on a busy 2-core machine (docs/BENCHMARKS.md). Passive threads sleep instead.
 # OpenMP reads this once, when torch loads it: it must be set before `import torch`; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# A prompt batch tokenises in well under a millisecond; a Rust thread pool for it would only compete with
+# torch's threads for the cores (the benchmarks run with the same setting).
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
