@@ -1,8 +1,9 @@
 """CPU priority of worker threads, so that the event loop's thread wins the CPU whenever it wakes.
 
-On 2 cores the encoder's OpenMP threads and the executor keep both cores busy under load; the event loop then
-waits for a time slice and its lag peaked at 21-23 ms. With the workers 10 nice steps below it, 10-15 ms
-at the same throughput (docs/BENCHMARKS.md). Linux's nice applies per thread; elsewhere this does nothing.
+On 2 cores the encoder's OpenMP threads and the executor keep both cores busy under load, and the event loop
+waits for a time slice: its lag peaked at a median 19 ms over 15 runs, against 16 ms with the workers 10 nice
+levels below it, at a slightly higher throughput (docs/BENCHMARKS.md). Linux's nice applies per thread;
+elsewhere this does nothing.
 """
 
 from __future__ import annotations
