@@ -105,20 +105,22 @@ def encode_only_rate(encoder: ClipEncoder, batches: int, batch: int = BATCH) -> 
     return batches * batch / (time.perf_counter() - started)
 
 
-def device_decode_rate(encoder: ClipEncoder, blobs: list[bytes]) -> float:
-    """nvJPEG decode and CLIP preprocessing on the GPU alone, one batch after another on one thread."""
-
-    def pixels(part: list[bytes]) -> torch.Tensor:
-        return clip_pixels(decode_jpegs(part, encoder.device), encoder.pixel_spec, encoder.dtype)
-
+def _batched_rate(step, blobs: list[bytes], device: torch.device) -> float:
+    """Pictures per second of `step` over `blobs` in batches of BATCH, after one warm-up batch, synchronised."""
     with torch.inference_mode():
-        pixels(blobs[:BATCH])
-        _sync(encoder.device)
+        step(blobs[:BATCH])
+        _sync(device)
         started = time.perf_counter()
         for start in range(0, len(blobs), BATCH):
-            pixels(blobs[start : start + BATCH])
-        _sync(encoder.device)
+            step(blobs[start : start + BATCH])
+        _sync(device)
     return len(blobs) / (time.perf_counter() - started)
+
+
+def device_decode_rate(encoder: ClipEncoder, blobs: list[bytes]) -> float:
+    """nvJPEG decode and CLIP preprocessing on the GPU alone, one batch after another on one thread."""
+    spec, device = encoder.pixel_spec, encoder.device
+    return _batched_rate(lambda part: clip_pixels(decode_jpegs(part, device), spec, encoder.dtype), blobs, device)
 
 
 def _pad_one_by_one(images: list[torch.Tensor]) -> torch.Tensor:
@@ -198,16 +200,7 @@ def end_to_end_threads(encoder: ClipEncoder, blobs: list[bytes], threads: int) -
 
 def decode_only_rate(encoder: ClipEncoder, blobs: list[bytes]) -> float:
     """torchvision's batched nvJPEG decode alone, to split decoding from preprocessing."""
-    def decode(part: list[bytes]) -> list[torch.Tensor]:
-        return decode_jpegs(part, encoder.device)
-
-    decode(blobs[:BATCH])
-    _sync(encoder.device)
-    started = time.perf_counter()
-    for start in range(0, len(blobs), BATCH):
-        decode(blobs[start : start + BATCH])
-    _sync(encoder.device)
-    return len(blobs) / (time.perf_counter() - started)
+    return _batched_rate(lambda part: decode_jpegs(part, encoder.device), blobs, encoder.device)
 
 
 def cpu_decode_rate(encoder: ClipEncoder, blobs: list[bytes]) -> float:
